@@ -39,6 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
     gen.add_argument("--no-baseline", action="store_true", help="skip the plain-decoding baseline run")
     gen.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    pred = commands.add_parser(
+        "predict", help="predict alpha from the attention-ablation perplexity ratio, without speculative decoding"
+    )
+    pred.add_argument("--model", default="tiny/falcon-h1-s", help="zoo name (tiny/..., paper/...), local directory or hub id")
+    pred.add_argument("--k", type=_positive_int, default=4, help="draft length the prediction is for")
+    pred.add_argument("--points", default=None,
+                      help="JSON file of measured (ratio, alpha, k) fitting points (default: the points measured on the tiny zoo)")
+    pred.add_argument("--include-reference", action="store_true",
+                      help="also fit on the study's two reported points (Falcon-H1-0.5B, Qwen3.5-0.8B)")
+    pred.add_argument("--max-tokens", type=_positive_int, default=16384,
+                      help="score at most this many WikiText-2 test tokens (the whole split is slow on a CPU)")
+    pred.add_argument("--window", type=_positive_int, default=512, help="perplexity window in tokens")
+    pred.add_argument("--stride", type=_positive_int, default=256, help="perplexity stride in tokens (< window)")
+    pred.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
@@ -143,12 +158,38 @@ def format_generate(result: dict) -> str:
     return "\n".join(lines)
 
 
+def run_predict(args) -> dict:
+    from . import zoo
+    from .data import load_wikitext2_test
+    from .predictor import DEFAULT_FIT_POINTS_FILE, load_fit_points, predict_for_model
+
+    points_file = args.points or DEFAULT_FIT_POINTS_FILE
+    try:
+        points = load_fit_points(points_file) if (args.points or DEFAULT_FIT_POINTS_FILE.exists()) else []
+        model, tokenizer = zoo.load(args.model)
+        tokens = tokenizer(load_wikitext2_test(), add_special_tokens=False)["input_ids"][: args.max_tokens]
+        result = predict_for_model(
+            model, tokens, args.k, points, include_reference=args.include_reference,
+            window=args.window, stride=args.stride, progress=not args.json,
+        )
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+    result["model"] = args.model
+    result["points_file"] = str(points_file) if points else None
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "generate":
         result = run_generate(args)
         print(json.dumps(result, indent=2) if args.json else format_generate(result))
+    elif args.command == "predict":
+        from .predictor import format_prediction
+
+        result = run_predict(args)
+        print(json.dumps(result, indent=2) if args.json else format_prediction(result))
     return 0
 
 

@@ -5,8 +5,8 @@
 - tau (mean accepted length) = tokens emitted per verification round, the target's own
   token included. Under i.i.d. acceptance, tau = (1 - alpha^(k+1)) / (1 - alpha).
 - acceptance at draft position i (1..k) = rounds whose i-th draft was accepted / rounds
-  that drafted at least i tokens (unconditional on earlier positions only through the
-  prefix rule: a draft after a rejection counts as not accepted).
+  that drafted at least i tokens. It is unconditional: a draft after a rejection counts as
+  not accepted.
 - ideal speedup with draft/target cost ratio c: S = (1 - alpha^(k+1)) / ((1 - alpha)(k c + 1))
   (Leviathan et al., 2023).
 

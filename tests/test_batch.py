@@ -59,15 +59,13 @@ def test_one_row_accepts_all_another_none(tiny_model):
     budget = 14
     expected = [reference(tiny_model, p, budget + 8) for p in PROMPTS]
     draft = OracleDraft(expected, PROMPTS, wrong_rows={1})
-    accepted_per_round = []
-    out = speculative_generate(
-        tiny_model, PROMPTS, draft, k=3, max_new_tokens=budget,
-        on_round=lambda state, tokens: accepted_per_round.append(list(state.lengths.tolist())),
-    )
+    out = speculative_generate(tiny_model, PROMPTS, draft, k=3, max_new_tokens=budget)
     for row, want in enumerate(expected):
         assert out.tokens[row] == want[:budget]
+    # Every round of row 0 accepted all drafts while row 1 accepted none in the same rounds.
     assert out.rows[0].alpha == 1.0
     assert out.rows[1].alpha == 0.0
+    assert out.rows[1].rounds >= 3
 
 
 def test_rows_end_at_their_own_eos_and_budget(tiny_model):
