@@ -436,6 +436,11 @@ def _from_directory(directory: Path, dtype: torch.dtype, from_pretrained_kwargs:
     return model, tokenizer
 
 
+def _looks_like_path(name: str) -> bool:
+    """Return whether ``name`` is meant as a filesystem path rather than a hub id (``owner/name``)."""
+    return name.startswith(("/", ".", "~")) or os.sep + os.sep in name or name.count("/") > 1 or "\\" in name
+
+
 def load(
     name_or_path: str | os.PathLike,
     dtype: torch.dtype = torch.float32,
@@ -466,6 +471,11 @@ def load(
         model, tokenizer = _from_hub(entry.hub_id, dtype, from_pretrained_kwargs)
     elif Path(name).is_dir():
         model, tokenizer = _from_directory(Path(name), dtype, from_pretrained_kwargs)
+    elif _looks_like_path(name):
+        raise FileNotFoundError(
+            f"model directory not found: {name}. Pass an existing directory written by save_pretrained, "
+            f"a hub id, or a zoo name ({', '.join(TINY_NAMES)})."
+        )
     else:
         model, tokenizer = _from_hub(name, dtype, from_pretrained_kwargs)
 

@@ -288,3 +288,9 @@ def test_checkpoint_write_failure_keeps_previous(tmp_path):
     zoo._write_checkpoint_atomically(target, lambda directory: (directory / "card.json").write_text("{}"))
     assert (target / "card.json").read_text() == "{}"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]
+
+
+def test_missing_local_directory_is_named(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(FileNotFoundError, match="model directory not found"):
+        zoo.load(str(missing))
