@@ -140,22 +140,42 @@ class _Rows:
 
 
 class _Clock:
-    """Wall time per phase; synchronises CUDA only at phase boundaries."""
+    """Time per phase and in total.
+
+    On CUDA the phase boundaries are CUDA events, read once when the run ends, so timing adds
+    no device synchronisation inside a round. Phase times are then device time.
+    """
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         self.seconds = {"draft": 0.0, "verify": 0.0}
-        self.start = self._now()
+        self._events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+        self.start = time.perf_counter()
 
-    def _now(self) -> float:
+    def mark(self):
+        """Return a phase boundary: a recorded CUDA event, or the host time."""
         if self.cuda:
-            torch.cuda.synchronize()
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
         return time.perf_counter()
 
-    def phase(self, name: str, since: float) -> float:
-        now = self._now()
-        self.seconds[name] += now - since
+    def phase(self, name: str, since):
+        now = self.mark()
+        if self.cuda:
+            self._events.append((name, since, now))
+        else:
+            self.seconds[name] += now - since
         return now
+
+    def stop(self) -> float:
+        """Wait for the device, add up the phases and return the total wall time in seconds."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            for name, start, end in self._events:
+                self.seconds[name] += start.elapsed_time(end) / 1000
+            self._events.clear()
+        return time.perf_counter() - self.start
 
 
 def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[DecodeState, torch.Tensor]:
@@ -178,14 +198,15 @@ def verify(model, state: DecodeState, pending: torch.Tensor, drafted: torch.Tens
     """Score [pending, drafts] in one forward; return target logits [B, k + 1, V]."""
     block = torch.cat([pending[:, None], drafted], dim=1)  # [B, k + 1]
     width = block.shape[1]
+    mask = state.forward_mask(width)
     out = model(
         input_ids=block,
         cache=state.cache,
-        attention_mask=state.extended_mask(width),
+        attention_mask=mask,
         position_ids=state.position_ids(width),
         use_cache=True,
     )
-    state.advance(width)
+    state.advance(width, extended_mask=mask)
     return out.logits
 
 
@@ -245,7 +266,7 @@ def speculative_generate(
 
         while not rows.all_done():
             k_round = min(k, rows.max_remaining() - 1)
-            since = clock._now()
+            since = clock.mark()
             if k_round > 0:
                 drafted, draft_probs = draft.propose(adapter, state, last_cached, pending, k_round, sampler)
             else:
@@ -255,13 +276,13 @@ def speculative_generate(
             clock.phase("verify", since)
 
             accepted, next_tokens = _accept(sampler, drafted, draft_probs, logits)
-            _emit_round(rows, drafted, accepted, next_tokens, k_round)
-            rollback(state, k_round - accepted)
+            accepted_counts = _emit_round(rows, drafted, accepted, next_tokens, k_round)
+            rollback(state, [k_round - a for a in accepted_counts])
             block = torch.cat([pending[:, None], drafted], dim=1)
             last_cached = block.gather(1, accepted[:, None]).squeeze(1)
             pending = next_tokens
             if k_round > 0:
-                draft.accepted(adapter, state, accepted, k_round)
+                draft.accepted(adapter, state, accepted_counts, k_round)
             if input_ids.shape[0] > 1:
                 compact(state, slack)
             if on_round is not None:
@@ -278,18 +299,22 @@ def _accept(sampler, drafted, draft_probs, logits):
     return accept_sampling(drafted, draft_probs, sampler.probs(logits), sampler)
 
 
-def _emit_round(rows: _Rows, drafted, accepted, next_tokens, k_round: int) -> None:
-    # The only host synchronisation of a round: the acceptance decision.
-    drafted_list = drafted.tolist()
-    for row, (a, nxt) in enumerate(zip(accepted.tolist(), next_tokens.tolist())):
+def _emit_round(rows: _Rows, drafted, accepted, next_tokens, k_round: int) -> list[int]:
+    """Emit each row's accepted drafts and next token; return the accepted counts [B] on the host."""
+    # The only host synchronisation of a round: the acceptance decision, in one transfer.
+    decided = torch.cat([accepted[:, None], next_tokens[:, None], drafted], dim=1).tolist()  # [B, 2 + k_round]
+    counts = []
+    for row, (a, nxt, *row_drafts) in enumerate(decided):
+        counts.append(a)
         if rows.done[row]:
             continue
-        emitted = rows.emit(row, drafted_list[row][:a] + [nxt])
+        emitted = rows.emit(row, row_drafts[:a] + [nxt])
         rows.metrics[row].record_round(k_round, a, emitted)
+    return counts
 
 
 def _finish(rows: _Rows, clock: _Clock) -> GenerationOutput:
-    total_seconds = clock._now() - clock.start
+    total_seconds = clock.stop()
     total = summed(rows.metrics)
     total.k = rows.metrics[0].k
     total.draft_seconds = clock.seconds["draft"]
@@ -327,7 +352,7 @@ def plain_generate(
                     rows.metrics[row].record_round(0, 0, 1)
             if rows.all_done():
                 break
-            since = clock._now()
+            since = clock.mark()
             logits = verify(model, state, token, token[:, None][:, :0])[:, -1]
             clock.phase("verify", since)
             token, _ = sampler.choose(logits)

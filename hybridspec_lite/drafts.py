@@ -16,14 +16,12 @@ brings its own state in line with the accepted prefix. Strategies:
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from transformers import DynamicCache
 
 from .adapters import Adapter
 from .sampling import Sampler
-from .state import DecodeState, rollback, start_recording
+from .state import DecodeState, rollback_cache, start_recording
 
 
 class Draft:
@@ -51,8 +49,8 @@ class Draft:
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement propose()")
 
-    def accepted(self, adapter: Adapter, state: DecodeState, accepted: torch.Tensor, k: int) -> None:
-        """Follow the target to the accepted prefix: ``accepted`` [B] of the ``k`` drafts."""
+    def accepted(self, adapter: Adapter, state: DecodeState, accepted: list[int], k: int) -> None:
+        """Follow the target to the accepted prefix: ``accepted[b]`` of the ``k`` drafts, on the host."""
 
     def _step_loop(self, forward, first_input: torch.Tensor, k: int, sampler: Sampler):
         """Run ``k`` autoregressive draft steps; ``forward(ids, step)`` returns last logits [B, V]."""
@@ -81,7 +79,7 @@ class SelfDraft(Draft):
             out = model(
                 input_ids=ids,
                 cache=state.cache,
-                attention_mask=state.extended_mask(step + 1),
+                attention_mask=state.forward_mask(step + 1),
                 position_ids=state.position_ids(step + 1)[:, step:],
                 use_cache=True,
                 logits_to_keep=1,
@@ -89,9 +87,7 @@ class SelfDraft(Draft):
             return out.logits[:, -1]
 
         drafted, probs = self._step_loop(forward, pending[:, None], k, sampler)
-        fed = torch.full_like(pending, k)
-        undo = DecodeState(state.cache, state.extended_mask(k), state.lengths + k)
-        rollback(undo, fed)
+        rollback_cache(state.cache, k)
         return drafted, probs
 
 
@@ -112,7 +108,6 @@ class ComponentDraft(Draft):
             pass
         if self.state == "own":
             self.own_cache = DynamicCache(config=adapter.model.config)
-            self._own_state = DecodeState(self.own_cache, attention_mask[:, :0], torch.zeros_like(input_ids[:, 0]))
             with adapter.attention_free():
                 adapter.model(
                     input_ids=input_ids,
@@ -143,8 +138,7 @@ class ComponentDraft(Draft):
         with adapter.attention_free():
             drafted, probs = self._step_loop(forward, first, k, sampler)
         if self.state == "shared":
-            undo = DecodeState(state.cache, state.attention_mask, state.lengths)
-            rollback(undo, torch.full_like(pending, k), kv=False)
+            rollback_cache(state.cache, k, kv=False)
         return drafted, probs
 
     def accepted(self, adapter, state, accepted, k):
@@ -153,7 +147,7 @@ class ComponentDraft(Draft):
         # The own cache now ends k tokens after the target's old cached prefix (it fed
         # pending and d1 .. d(k-1), plus last_cached unless it was level). Keep it one token
         # behind the target's new cached prefix, so the next round feeds two tokens.
-        rollback(self._own_state, (k - accepted).clamp_min(0), kv=False)
+        rollback_cache(self.own_cache, [max(k - a, 0) for a in accepted], kv=False)
 
 
 class EarlyExitDraft(Draft):
@@ -177,7 +171,7 @@ class EarlyExitDraft(Draft):
             out = model(
                 input_ids=ids,
                 cache=state.cache,
-                attention_mask=state.extended_mask(step + 1),
+                attention_mask=state.forward_mask(step + 1),
                 position_ids=state.position_ids(step + 1)[:, step:],
                 use_cache=True,
                 logits_to_keep=1,
@@ -186,8 +180,7 @@ class EarlyExitDraft(Draft):
 
         with adapter.truncated(self.exit_layer):
             drafted, probs = self._step_loop(forward, pending[:, None], k, sampler)
-        undo = DecodeState(state.cache, state.extended_mask(k), state.lengths + k)
-        rollback(undo, torch.full_like(pending, k), num_layers=self.exit_layer)
+        rollback_cache(state.cache, k, num_layers=self.exit_layer)
         return drafted, probs
 
 
