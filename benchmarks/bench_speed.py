@@ -154,7 +154,7 @@ def measure_step_costs(model, prompt, kind, exit_layer, k, repeats, device) -> d
         start_recording(state.cache, k + 1)
         token = logits.argmax(dim=-1)  # [1]
         drafted = token[:, None].expand(-1, k).contiguous()  # [1, k]: any tokens cost the same
-        one, block = torch.ones_like(token), torch.full_like(token, k + 1)
+        one_token, whole_block = torch.ones_like(token), torch.full_like(token, k + 1)
 
         def target_step():
             verify(model, state, token, drafted[:, :0]).argmax(dim=-1)
@@ -176,16 +176,16 @@ def measure_step_costs(model, prompt, kind, exit_layer, k, repeats, device) -> d
 
         def undo_draft_step():
             if kind == "component":
-                rollback(state, one, kv=False)
+                rollback(state, one_token, kv=False)
             else:
                 state.advance(1)
-                rollback(state, one, num_layers=exit_layer)
+                rollback(state, one_token, num_layers=exit_layer)
 
         def verify_block():
             verify(model, state, token, drafted).argmax(dim=-1)
 
         steps = {
-            "target_step": (target_step, lambda: rollback(state, one)),
+            "target_step": (target_step, lambda: rollback(state, one_token)),
             "draft_step": (draft_step, undo_draft_step),
             "verify_block": (verify_block, None),
         }
@@ -205,7 +205,7 @@ def measure_step_costs(model, prompt, kind, exit_layer, k, repeats, device) -> d
                 if name == "verify_block":
                     # The rollback of a whole verified block is the worst case of a round.
                     start = time.perf_counter()
-                    rollback(state, block)
+                    rollback(state, whole_block)
                     synchronize(device)
                     if repeat:
                         seconds["rollback_block"].append(time.perf_counter() - start)

@@ -104,10 +104,10 @@ def time_interleaved(
 
     Every unit runs once untimed when ``warm_up`` is set. In each of ``repeats`` rounds, unit
     i of every variant runs before unit i + 1 of any, so that load from other processes on a
-    shared machine falls on all variants alike. The variant order is shuffled for every unit
-    (seeded, so runs repeat it): a run can leave the allocator and caches in a state that
-    slows the next one, and a fixed or merely rotated order would charge that to the same
-    variant every time. Returns, per variant, the summed seconds of its units in each round.
+    shared machine falls on all variants alike. The variant order is shuffled for every unit,
+    with a fixed seed. A run can leave the allocator and caches in a state that slows the
+    next one, and a fixed or merely rotated order would charge that to the same variant every
+    time. Returns, per variant, the summed seconds of its units in each round.
     """
     from tqdm import tqdm
 
