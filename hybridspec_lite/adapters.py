@@ -1,7 +1,7 @@
 """Model adapters: the composition of a hybrid model and the removal of its components.
 
 An adapter wraps one transformers causal LM without copying or re-implementing it. It
-reports which sequence mixers each decoder layer holds and can run the model with a chosen
+reports which sequence mixers each decoder layer contains and can run the model with a chosen
 set of them removed. A removed component is not computed at all: its module is replaced,
 for the duration of a ``with`` block, by a stub that returns what the layer would see if
 the component did not exist.
@@ -10,7 +10,7 @@ Supported families (transformers 5.25):
 
 - Falcon-H1 (``FalconH1ForCausalLM``): parallel hybrid. Every layer runs a Mamba-2 mixer
   and attention on the same normalised input and sums their outputs.
-- Qwen3.5 (``Qwen3_5ForCausalLM``): sequential hybrid. Each layer holds either a Gated
+- Qwen3.5 (``Qwen3_5ForCausalLM``): sequential hybrid. Each layer contains either a Gated
   DeltaNet linear-attention mixer or full attention, as ``config.layer_types`` says.
 - Qwen2 / Qwen2.5 (``Qwen2ForCausalLM``): pure Transformer control.
 """

@@ -243,7 +243,7 @@ def speculative_generate(
         compaction_slack: hole slots tolerated before the cache is compacted; default
             4 * (k + 1). See ``state.compact``.
         on_round: called after every round with the target state and the tokens emitted
-            so far per row; the state then holds the prompt and every emitted token but
+            so far per row; the state then contains the prompt and every emitted token but
             the last. For inspection only: it must not change the state.
     """
     sampling = sampling or SamplingConfig()

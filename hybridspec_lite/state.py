@@ -1,6 +1,6 @@
 """Decoding state and its exact per-row rollback.
 
-One ``DecodeState`` holds everything the target model has seen for a batch of rows: a
+One ``DecodeState`` contains everything the target model has seen for a batch of rows: a
 transformers ``DynamicCache`` (whose layers each own their entry: keys and values for
 attention, a causal-conv window and a recurrent state for Mamba-2 and Gated DeltaNet
 mixers), the 2D attention mask over the cache slots, and each row's count of valid tokens.
@@ -221,7 +221,7 @@ def rollback(
         num_layers: only the first ``num_layers`` layers (the early-exit draft).
 
     Raises:
-        RollbackError: a layer holds no record that reaches the requested position.
+        RollbackError: no recorded state of a layer reaches the requested position.
     """
     removal = _Removal(remove)
     rollback_cache(state.cache, removal, kv=kv, recurrent=recurrent, num_layers=num_layers)
